@@ -16,7 +16,8 @@ for cell in nb["cells"]:
     if cell["cell_type"] == "markdown":
         parts.append(src.replace("](images/", "](nbs/images/"))
     elif cell["cell_type"] == "code":
-        parts.append("```python\n" + src + "\n```")
+        code = "\n".join(l for l in src.splitlines() if not l.startswith("#|")).strip()
+        parts.append("```python\n" + code + "\n```")
 text = "<!-- generated from nbs/index.ipynb by .ci/readme.py: edit the notebook -->\n\n" + "\n\n".join(parts) + "\n"
 out = root / "README.md"
 if "--check" in sys.argv:
