@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from nbdev.config import get_config
-from nbdev.test import test_nb
+from nbdev.test import test_nb as run_notebook
 
 NBS = Path(__file__).resolve().parents[1] / "nbs"
 NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith("_"))
@@ -14,5 +14,5 @@ NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith("_"))
 def test_notebook(nb, request):
     force = request.config.getoption("--nbflags").split()
     skip = get_config().tst_flags.split()
-    ok, secs = test_nb(nb, skip_flags=skip, force_flags=force, showerr=True)
+    ok, secs = run_notebook(nb, skip_flags=skip, force_flags=force, showerr=True)
     assert ok, f"{nb.name} failed (see the traceback above)"
