@@ -131,11 +131,11 @@ def test_fitter_checks_and_no_face():
     with pytest.raises(ValueError, match="sizes"):
         RNetFitter(ReconNet("resnet18", width=4, sizes=(10, 10, 10)), m)
     f = RNetFitter(ReconNet("resnet18", width=4), m, input_size=64)
-    r = f(torch.full((2, 3, 80, 120), 0.5))
+    r = f.fit_photos(torch.full((2, 3, 80, 120), 0.5))
     assert r.ok.tolist() == [False, False] and r.transform.shape == (2, 2, 3)
     assert torch.allclose(r.transform[0], torch.tensor([[80 / 64, 0, 20.], [0, 80 / 64, 0]]))
     with pytest.raises(ValueError, match="landmarks68"):
-        f(torch.rand(2, 3, 64, 64), torch.rand(2, 5, 2))
+        f.fit_photos(torch.rand(2, 3, 64, 64), torch.rand(2, 5, 2))
     with pytest.raises(ValueError, match="`images` must have shape"):
         f.fit(torch.rand(2, 3, 64, 48), torch.rand(2, 68, 2))
 
