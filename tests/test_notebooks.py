@@ -14,5 +14,5 @@ NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith("_"))
 def test_notebook(nb, request):
     force = request.config.getoption("--nbflags").split()
     skip = get_config().tst_flags.split()
-    ok, secs = run_notebook(nb, skip_flags=skip, force_flags=force, showerr=True)
+    ok, secs = run_notebook(nb, skip_flags=skip, force_flags=force, showerr=True, basepath=NBS.parent)  # this checkout's facetex
     assert ok, f"{nb.name} failed (see the traceback above)"
