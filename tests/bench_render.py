@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from facetex.camera import Camera, rigid_transform
 from facetex.render import available_backends, rasterize, rasterize_reference, render_mesh
 
 
@@ -29,14 +30,10 @@ def face_mesh(n: int = 188, device="cpu"):
 
 
 def project(verts, size, B):
-    "Deep3DFaceRecon camera (focal 1015, centre 112, distance 10 at 224²) scaled to `size`, small per-image yaw."
-    f, c = 1015.0 * size / 224, 112.0 * size / 224
+    "Screen coordinates through Deep3DFaceRecon's camera scaled to `size`, with a small per-image yaw."
     yaw = torch.linspace(-0.3, 0.3, B, device=verts.device)
-    x = verts[:, 0] * torch.cos(yaw)[:, None] + verts[:, 2] * torch.sin(yaw)[:, None]
-    z = -verts[:, 0] * torch.sin(yaw)[:, None] + verts[:, 2] * torch.cos(yaw)[:, None]
-    y = verts[:, 1].expand(B, -1)
-    zc = 10.0 - z
-    return torch.stack([f * x / zc + c, size - (f * y / zc + c), zc], -1)
+    angles = torch.stack([torch.zeros_like(yaw), yaw, torch.zeros_like(yaw)], -1)
+    return Camera().scaled(size).project(rigid_transform(verts.expand(B, -1, -1), angles))
 
 
 CPU_MS = {}

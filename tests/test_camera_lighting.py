@@ -86,3 +86,15 @@ def test_ndc_rectangular_and_presets():
         img = relight(torch.full((1, 3, 16, 16), 0.5), nrm, sh_preset(name)) * mask
         assert torch.isfinite(img).all() and img.max() < 1.0 and img[mask.expand_as(img) > 0].min() > -0.05
     assert sh_basis(torch.zeros(7, 3)).shape == (7, 9)
+
+
+def test_camera_numbers_and_image_sizes():
+    import numpy as np
+    # numbers read from files arrive as NumPy scalars: accepted and stored as Python numbers
+    cam = Camera(focal=np.float32(1015.0), center=np.float64(112.0), image_size=np.int64(224))
+    assert cam == Camera() and type(cam.image_size) is int and type(cam.focal) is float
+    assert cam.scaled(448).image_size == 448
+    for bad in (dict(image_size=True), dict(image_size=100.5), dict(focal="1015"), dict(center=float("inf"))):
+        with pytest.raises(ValueError, match="Camera."): Camera(**bad)
+    with pytest.raises(ValueError, match="`image_size` must be positive"): screen_to_ndc(torch.zeros(2, 2), (0, 4))
+    with pytest.raises(ValueError, match="`image_size`"): deep3d_to_screen(torch.zeros(2, 2), 22.5)

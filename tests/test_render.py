@@ -220,3 +220,26 @@ def test_pytorch3d_adapter_conventions(monkeypatch):
             assert ok.float().mean() > 0.99 and (a.pix_to_face == b.pix_to_face).float().mean() > 0.95
             same = a.pix_to_face == b.pix_to_face
             assert (a.bary - b.bary)[same].abs().max() < 1e-5
+
+
+def test_render_mesh_batch_sharing_and_errors():
+    "Batch-1 uv / colours / shading / texture are shared across the batch; mismatched batches name the argument."
+    v, f, size = soup(1, B=3)
+    g = make_generator(9)
+    uv1, col1, sh1 = torch.rand(1, 30, 2, generator=g), torch.rand(1, 30, 3, generator=g), torch.rand(1, 30, 3, generator=g)
+    tex1 = torch.rand(1, 3, 6, 5, generator=g)
+    shared = render_mesh(v, f, size, uv=uv1[0], texture=tex1, vertex_shading=sh1)
+    full = render_mesh(v, f, size, uv=uv1.expand(3, -1, -1), texture=tex1.expand(3, -1, -1, -1), vertex_shading=sh1.expand(3, -1, -1))
+    assert torch.allclose(shared.image, full.image, atol=1e-6) and shared.mask.sum() > 100
+    # per-image rendering equals the batch
+    one = torch.cat([render_mesh(v[i:i + 1], f, size, vertex_colors=col1).image for i in range(3)])
+    assert torch.allclose(render_mesh(v, f, size, vertex_colors=col1).image, one, atol=1e-6)
+    cases = [(dict(vertex_colors=torch.rand(2, 30, 3)), "`vertex_colors` must have shape (B, V, 3) with B=3"),
+             (dict(vertex_shading=torch.rand(2, 30, 3)), "`vertex_shading` must have shape (B, V, 3) with B=3"),
+             (dict(uv=torch.rand(2, 30, 2), texture=tex1), "`uv` must have shape (B, V, 2) with B=3"),
+             (dict(uv=uv1, texture=torch.rand(2, 3, 6, 5)), "`texture` must have shape (B, C, Ht, Wt) with B=3"),
+             (dict(uv=uv1, texture=torch.rand(3, 1, 6, 5)), "`texture` must have shape (B, 3, Ht, Wt)"),
+             (dict(fragments=rasterize(v[:1], f, size)), "`fragments` hold 1 images")]
+    for kw, msg in cases:
+        with pytest.raises(ValueError) as e: render_mesh(v, f, size, **kw)
+        assert msg in str(e.value), str(e.value)

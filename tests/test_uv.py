@@ -124,3 +124,22 @@ def test_sample_uv_texture_per_batch_uv_and_errors():
         sample_uv_texture(tex, torch.zeros(3, 5, 2))
     with pytest.raises(ValueError, match="`size` must be a positive int"):
         uv_mask(torch.rand(3, 2), torch.tensor([[0, 1, 2]]), 0)
+
+
+def test_sample_uv_texture_bilinear_reference_and_shared_texture():
+    "Between texel centres the value is the bilinear blend written out by hand; a 1×C texture serves a batch of UVs."
+    g = torch.Generator().manual_seed(1)
+    tex = torch.rand(1, 2, 5, 7, generator=g)
+    uv = torch.rand(3, 40, 2, generator=g) * 0.7 + 0.15            # inside the texel-centre hull
+    out = sample_uv_texture(tex, uv)
+    assert out.shape == (3, 40, 2)
+    x, y = uv[..., 0] * 7 - 0.5, uv[..., 1] * 5 - 0.5              # continuous texel index (centres at integers)
+    x0, y0 = x.floor().long(), y.floor().long(); fx, fy = x - x0, y - y0
+    T = tex[0].permute(1, 2, 0)                                    # Ht×Wt×C
+    ref = (T[y0, x0] * ((1 - fx) * (1 - fy))[..., None] + T[y0, x0 + 1] * (fx * (1 - fy))[..., None]
+           + T[y0 + 1, x0] * ((1 - fx) * fy)[..., None] + T[y0 + 1, x0 + 1] * (fx * fy)[..., None])
+    assert torch.allclose(out, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="`pad` must be an int"):
+        bake_vertex_colors(torch.rand(3, 2), torch.tensor([[0, 1, 2]]), torch.rand(3, 3), 8, pad=-1)
+    with pytest.raises(ValueError, match="`texture` must have shape"):
+        sample_uv_texture(torch.rand(2, 5, 7), uv[0])
