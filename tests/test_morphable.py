@@ -71,6 +71,43 @@ def test_render_is_differentiable_and_checks_sizes(model):
         render(model, FaceParams.zeros(1, sizes=(10, 64, 80)))
 
 
+def test_screen_vertices_match_deep3dfacerecon_projection(model):
+    "Pose + camera against a hand computation: R = Rz(roll) Ry(yaw) Rx(pitch) (scipy), Deep3DFaceRecon's pinhole."
+    from scipy.spatial.transform import Rotation
+    from facetex.camera import Camera
+    from facetex.morphable import screen_vertices
+    p = model.sample(2, generator=5).replace(angle=torch.tensor([[0.3, -0.5, 0.1], [-0.2, 0.6, -0.15]]),
+                                             trans=torch.tensor([[0.1, -0.2, 0.3], [-0.05, 0.1, -0.4]]))
+    scr = screen_vertices(model, p, Camera())                          # focal 1015, centre 112, distance 10, 224²
+    S = model.shape(p).double().numpy()
+    for b in range(2):
+        a = p.angle[b].double().numpy()
+        R = Rotation.from_euler("ZYX", [a[2], a[1], a[0]]).as_matrix()    # intrinsic z-y-x = Rz @ Ry @ Rx
+        X = S[b] @ R.T + p.trans[b].double().numpy()
+        zc = 10.0 - X[:, 2]
+        ref = np.stack([1015 * X[:, 0] / zc + 112, 224 - (1015 * X[:, 1] / zc + 112), zc], -1)
+        assert np.allclose(scr[b].double().numpy(), ref, atol=1e-3)
+
+
+def test_render_shading_uses_posed_normals(model):
+    "The shading pass equals SH irradiance of the normals of the posed mesh (rotating normals the right way round)."
+    from facetex.camera import Camera, project
+    from facetex.lighting import irradiance, sh_preset
+    from facetex.render import render_mesh
+    p = model.sample(2, generator=4).replace(angle=torch.tensor([[0.3, -0.5, 0.1], [-0.2, 0.6, -0.15]]),
+                                             gamma=sh_preset("left", batch=2))
+    out = render(model, p, image_size=64)
+    v = model.vertices(p)
+    ref = render_mesh(project(v, Camera().scaled(64)), model.faces, 64, vertex_colors=model.albedo(p),
+                      vertex_shading=irradiance(model.normals(v), p.gamma))
+    assert torch.equal(out.mask, ref.mask) and float(out.mask.mean()) > 0.1
+    assert torch.allclose(out.image, ref.image, atol=1e-5)
+    # and it is not the unrotated shading: the light stays put while the head turns
+    flat = render_mesh(project(v, Camera().scaled(64)), model.faces, 64, vertex_colors=model.albedo(p),
+                       vertex_shading=irradiance(model.normals(model.shape(p)), p.gamma))
+    assert float((flat.image - out.image).abs().max()) > 0.05
+
+
 def test_fit_result():
     fr = FitResult(FaceParams.zeros(3), torch.zeros(3, 1, 8, 8), torch.zeros(3, 68, 2))
     assert fr.ok.all() and fr[1:].batch_size == 2
@@ -204,6 +241,9 @@ def test_missing_and_malformed_files(tmp_path):
     _write_front(tmp_path / "kp.mat", rng, keypoints=np.full((1, 68), 10_000.0))
     with pytest.raises(ValueError, match="'keypoints' holds indices outside"):
         load_bfm_front(tmp_path / "kp.mat")
+    _write_front(tmp_path / "fm.mat", rng, frontmask2_idx=np.array([[1.0], [10_000.0]]))
+    with pytest.raises(ValueError, match="fm.mat: 'frontmask2_idx' holds indices outside"):
+        load_bfm_front(tmp_path / "fm.mat")
     _write_front(tmp_path / "kp67.mat", rng, keypoints=np.ones((1, 67)))
     with pytest.raises(ValueError, match="expected 68"):
         load_bfm_front(tmp_path / "kp67.mat")

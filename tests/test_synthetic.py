@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 from facetex.core import StyleGenerator, gan_to_image, load_image, uv_to_grid
 from facetex.lighting import irradiance
-from facetex.morphable import FitResult
+from facetex.morphable import FitResult, render
 from facetex.render import render_mesh
 from facetex.synthetic import (AlbedoParams, OracleFitter, SyntheticFaces, SyntheticStyleGenerator, albedo_texture,
-                               detail_patterns, procedural_albedo, sample_albedo_params, write_image_folder)
+                               anchors_from_landmarks, anchors_of, detail_patterns, procedural_albedo,
+                               sample_albedo_params, write_image_folder)
 
 torch.set_num_threads(1)
 
@@ -126,19 +127,26 @@ def test_ground_truth_rerenders_face_region():
                      vertex_shading=irradiance(m.normals(v), p.gamma))
     assert torch.equal(re.mask, t.mask)
     assert float(((re.image.clamp(0, 1) - t.image) * t.mask).abs().max()) < 1e-5
+    # the same through the morphable model's public two-pass render (normals of the unposed shape, rotated)
+    ro = render(m, p, G.camera, texture=t.texture)
+    assert torch.equal(ro.mask, t.mask)
+    assert float(((ro.image.clamp(0, 1) - t.image) * t.mask).abs().max()) < 1e-4
     # outside the mask the image is the background, which does not depend on the texture
     assert float(((t.background - t.image) * (1 - t.mask)).abs().max()) < 1e-6
     assert 0.05 < float(t.mask.mean()) < 0.5
 
 
-def test_tex_coefficients_approximate_albedo(G):
+def test_tex_coefficients_are_least_squares(G):
+    "The true `tex` is the least-squares fit of the texture's colours at the vertices (checked with lstsq in float64)."
     t = G.ground_truth(G.sample_ws(2, seed=1))
     m = G.model
-    uv = m.uv[None, :, None].expand(2, -1, -1, -1)
-    cols = F.grid_sample(t.texture, uv_to_grid(uv), align_corners=False)[..., 0].transpose(1, 2)
-    err_fit = (m.albedo(t.params, clamp=False) - cols).abs().mean()
-    err_mean = (m.tex_mean - cols).abs().mean()
-    assert float(err_fit) < float(err_mean)
+    grid = uv_to_grid(m.uv)[None, :, None].expand(2, -1, -1, -1)   # border padding: the render's texture lookup
+    cols = F.grid_sample(t.texture, grid, padding_mode="border", align_corners=False)[..., 0].transpose(1, 2)
+    A = m.tex_base.reshape(-1, m.sizes[2]).double()
+    b = (cols - m.tex_mean).reshape(2, -1).double()
+    ref = torch.linalg.lstsq(A, b.T).solution.T
+    assert torch.allclose(t.params.tex.double(), ref, atol=1e-4 * float(ref.abs().max()))
+    assert float((m.albedo(t.params, clamp=False) - cols).abs().mean()) < float((m.tex_mean - cols).abs().mean())
 
 
 def test_with_pose_exact_and_only_pose(G):
@@ -161,9 +169,10 @@ def test_with_pose_exact_and_only_pose(G):
 
 
 @pytest.mark.parametrize("kw,msg", [({"yaw": 1.2}, "`yaw` must be within"), ({"pitch": -0.5}, "`pitch` must be within"),
-                                    ({"yaw": float("nan")}, "`yaw` must be within")])
+                                    ({"yaw": float("nan")}, "`yaw` must be within"),
+                                    ({"yaw": torch.zeros(3)}, "`yaw` must be a number or a tensor of 2 values")])
 def test_with_pose_bad(G, kw, msg):
-    with pytest.raises(ValueError, match=msg): G.with_pose(G.sample_ws(1), **kw)
+    with pytest.raises(ValueError, match=msg): G.with_pose(G.sample_ws(2), **kw)
 
 
 def test_gradients_reach_every_group(G):
@@ -190,7 +199,8 @@ def test_gradient_matches_finite_difference(G, group):
                                     ({"img_resolution": 2048}, "`img_resolution` must be a power of two"),
                                     ({"tex_resolution": 30}, "`tex_resolution` must be a power of two"),
                                     ({"z_dim": -2}, "`z_dim` must be an integer"),
-                                    ({"model": "bfm"}, "`model` must be a MorphableModel")])
+                                    ({"model": "bfm"}, "`model` must be a MorphableModel"),
+                                    ({"depth": 9.0}, "`depth` .* must be < camera.distance")])
 def test_generator_bad_args(kw, msg):
     with pytest.raises(ValueError, match=msg): SyntheticStyleGenerator(**kw)
 
@@ -275,3 +285,17 @@ def test_generator_moves_with_its_model():
     b = G.synthesis(ws.double())
     assert b.dtype == torch.float64
     assert float((a.double() - b).abs().gt(1e-3).float().mean()) < 0.01     # up to a few edge pixels
+
+
+def test_generator_paints_features_where_a_loaded_model_has_them(tmp_path):
+    "A model without `uv_anchors` (a BFM-format file, Floater UV) gets anchors from its landmarks: pupils land there."
+    from facetex.morphable import embedded_model, load_bfm09, write_bfm09_like
+    bfm = load_bfm09(**write_bfm09_like(embedded_model(16), tmp_path / "BFM"))
+    assert bfm.uv_anchors == {}
+    G = SyntheticStyleGenerator(32, model=bfm, tex_resolution=256)
+    assert G.anchors == anchors_from_landmarks(bfm) and G.anchors != anchors_of(None)
+    tex = G.ground_truth(G.sample_ws(4, seed=0)).texture
+    for k in ("eye_r", "eye_l"):
+        u, v = G.anchors[k]
+        assert float(tex[:, :, int(v * 256), int(u * 256)].mean(1).max()) < 0.2        # dark pupil at the landmarks' eye
+        assert abs(u - float(bfm.uv[bfm.landmarks68[36:42] if k == "eye_r" else bfm.landmarks68[42:48], 0].mean())) < 1e-6
