@@ -214,6 +214,32 @@ def test_unexpected_classes_refused(tmp_path):
         sg.load_networks(tmp_path / "counter.pkl")
 
 
+def _build_on_global(glob: bytes, attr: str, value_ops: bytes = b"cbuiltins\nset\n") -> bytes:
+    "Hand-written pickle: look up an allowed global, then BUILD `{attr: value}` into it as slot state (setattr)."
+    key = attr.encode()
+    return b"\x80\x02c" + glob + b"\nN}X" + len(key).to_bytes(4, "little") + key + value_ops + b"s\x86b."
+
+
+def test_build_cannot_tamper_with_allowed_globals():
+    "Allowed names are not enough: BUILD on a looked-up global must not rewrite torch's functions or the stand-ins."
+    import torch._utils
+    before = torch._utils._rebuild_tensor_v2.__defaults__
+    for fn in ("_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
+        sg.safe_unpickle(_build_on_global(b"torch._utils\n" + fn.encode(), "__defaults__", b"X\x03\x00\x00\x00bad\x85"))
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == before
+    for glob in (b"torch_utils.persistence\n_reconstruct_persistent_obj", b"dnnlib.util\nEasyDict"):
+        with pytest.raises(pickle.UnpicklingError, match="refusing to set attribute '__getattr__'"):
+            sg.safe_unpickle(_build_on_global(glob, "__getattr__"))
+    with pytest.raises(ValueError, match="corrupt"):   # its own __setstate__, called unbound on the class, fails
+        sg.safe_unpickle(_build_on_global(b"dnnlib.tflib.network\nNetwork", "__getattr__"))
+    assert sg.AttrDict(a=1).a == 1 and sg.TFNetworkStub(b=2).b == 2 and "__getattr__" not in sg.TFNetworkStub.__dict__
+    for glob in (b"collections\nOrderedDict", b"numpy\nndarray", b"numpy\ndtype", b"builtins\nset"):   # immutable types
+        with pytest.raises(ValueError, match="corrupt"):
+            sg.safe_unpickle(_build_on_global(glob, "__len__"))
+    with pytest.raises(pickle.UnpicklingError, match="torch.FloatStorage"):    # storages live inside torch.save blobs only
+        sg.safe_unpickle(_build_on_global(b"torch\nFloatStorage", "__len__"))
+
+
 @pytest.mark.parametrize("cut", [0.5, 0.95, 0.999])
 def test_truncated_pkl(tmp_path, cut):
     p = write_nvlabs_pkl(tmp_path / "full.pkl", tiny_g(0), tiny_d(1), tiny_g(2))
@@ -327,6 +353,14 @@ def test_tf_pkl_unknown_kwarg(tmp_path):
         (tmp_path / "odd.pkl").write_bytes(pickle.dumps((tg, tf_discriminator(tiny_d(1)), tg)))
     with pytest.raises(ValueError, match="fancy_new_option"):
         sg.load_networks(tmp_path / "odd.pkl", which=("G",))
+    # run-time options that NVlabs' legacy.py accepts (StyleGAN2-ADA TF pickles) do not block loading
+    tg._state["static_kwargs"] = dict(tf_generator(G)._state["static_kwargs"], conditioning="label", fused_modconv=True,
+                                      truncation_psi=0.5)
+    td = tf_discriminator(tiny_d(1)); td._state["static_kwargs"] = dict(td._state["static_kwargs"], conditioning="label")
+    with fake_modules(**{"dnnlib.tflib.network": {"Network": Network}}):
+        (tmp_path / "ada.pkl").write_bytes(pickle.dumps((tg, td, tg)))
+    nets = sg.load_networks(tmp_path / "ada.pkl")
+    assert_same_state(nets["G_ema"], G)
 
 
 def test_tf_flip_matters():
