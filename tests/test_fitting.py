@@ -202,3 +202,38 @@ def test_no_face_found_is_not_ok(model):
     assert r.ok.tolist() == [False]
     assert float(r.mask.sum()) == 0.0
     assert torch.isfinite(r.params.to_vector()).all()
+
+
+def test_align_crop_antialiases_large_photos(model):
+    """A 1-px checkerboard cropped 13× smaller: the default (anti-aliased) crop is its mean grey, plain bilinear aliases."""
+    cam = Camera().scaled(64)
+    tmpl = crop_template(model, cam)
+    T = torch.tensor([[[13.3, 0, 100.], [0, 13.3, 50.]]])                 # the whole crop lies inside the photo
+    chk = ((torch.arange(1000)[:, None] + torch.arange(1000)[None]) % 2).float()[None, None].expand(1, 3, -1, -1)
+    crop, _, transform = align_crop(chk, apply_affine(T, tmpl[None]), tmpl, 64)
+    torch.testing.assert_close(transform, T, atol=1e-3, rtol=0)
+    assert float((crop[..., 2:-2, 2:-2] - 0.5).abs().max()) < 0.02
+    raw, _, _ = align_crop(chk, apply_affine(T, tmpl[None]), tmpl, 64, antialias=False)
+    assert float((raw[..., 2:-2, 2:-2] - 0.5).abs().mean()) > 0.1
+
+
+def test_fit_accepts_gray_16bit_arrays_and_rejects_bad_images(model):
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("facetex.landmarks")
+    from skimage.color import rgb2gray
+    from facetex.core import image_from_array
+    a8 = skdata.astronaut()
+    step1 = lambda im, lm: FitResult(params=model.zero_params(im.shape[0]), mask=torch.zeros(im.shape[0], 1, 128, 128),
+                                     landmarks=lm)
+    ref = fit(image_from_array(a8), step1=step1, crop_size=128, model=model)
+    g16 = (rgb2gray(a8) * 65535).astype(np.uint16)
+    rgba = np.concatenate([a8, np.full(a8.shape[:2] + (1,), 255, np.uint8)], -1)
+    r = fit([g16, rgba], step1=step1, crop_size=128, model=model)
+    assert r.ok.tolist() == [True, True] and float(r.mask[0].sum()) > 1000
+    torch.testing.assert_close(r.transform[1], ref.transform[0], atol=1e-3, rtol=0)          # opaque RGBA = RGB
+    assert float((r.transform[0, :, :2] - ref.transform[0, :, :2]).abs().max()) < 0.05       # gray: same crop,
+    assert float((r.transform[0, :, 2] - ref.transform[0, :, 2]).abs().max()) < 6.0          # within detector noise
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        fit(torch.from_numpy(a8).permute(2, 0, 1)[None].float(), step1=step1, model=model)   # 0–255 floats
+    with pytest.raises(ValueError, match="max_size"):
+        fit(torch.rand(1, 3, 40, 5000), step1=step1, model=model)
