@@ -97,6 +97,9 @@ def test_bad_input(G_T):
     with pytest.raises(ValueError, match="`mesh`"): save_gltf("mesh", "/tmp/x.glb")
     with pytest.raises(ValueError, match="`lights"): render_views(m, lights=[torch.zeros(5)])
     with pytest.raises(ValueError, match="`image_size`"): render_views(m, image_size=0)
+    with pytest.raises(ValueError, match="`yaws`"): render_views(m, yaws=["left"])
+    np.testing.assert_array_equal(render_views(m, yaws=np.array([10.0]), image_size=32).numpy(),
+                                  render_views(m, yaws=[10.0], image_size=32).numpy())
 
 
 def test_render_views_rotation(meshes):

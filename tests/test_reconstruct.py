@@ -46,6 +46,8 @@ def test_metric_bad_input():
     with pytest.raises(ValueError, match="`b` must have shape"): l1(a, a[0])
     with pytest.raises(ValueError, match="`mask` must have shape"): ssim(a, a, torch.ones(1, 3, 16, 16))
     with pytest.raises(ValueError, match="needs a face-recognition network"): identity_similarity(a, a)
+    with pytest.raises(ValueError, match="`data_range`"): psnr(a, a, data_range=-1.0)
+    with pytest.raises(ValueError, match="`data_range`"): ssim(a, a, data_range=0)
 
 
 def test_identity_similarity_with_user_net():

@@ -111,8 +111,23 @@ def test_rig_panel_uses_rig_rotate(G):
     ws = G.sample_ws(1, seed=2)
     demo = RotateDemo(generator=G, rig=rig, ws=ws, image_size=64)
     assert demo.method == "rig"
-    with torch.no_grad(): want = gan_to_image(G.synthesis(rig.rotate(ws, math.radians(15), math.radians(5))))
+    with torch.no_grad(): want = gan_to_image(G.synthesis(rig.rotate(ws, math.radians(15), math.radians(5)))).clamp(0, 1)
     torch.testing.assert_close(demo.generated(yaw=15.0, pitch=5.0), want)
+
+
+def test_stylegan2_panel_has_fixed_noise(G):
+    from facetex.stylegan2 import Generator
+    from facetex.stylerig import DFR, RigNet, StyleRig
+    torch.manual_seed(0)
+    S = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=256, channel_max=16, mapping_layers=1).eval()
+    for n, p in S.named_parameters():
+        if n.endswith("noise_strength"): p.data.fill_(1.0)           # untrained StyleGAN2 starts with the noise off
+    rig = StyleRig(DFR(S.num_ws, S.w_dim, G.model.sizes), RigNet(S.num_ws, S.w_dim, G.model.sizes)).eval()
+    demo = RotateDemo(model=G.model, generator=S, rig=rig, image_size=32)
+    a, b = demo.generated(yaw=10.0), demo.generated(yaw=10.0)
+    assert torch.equal(a, b)                                           # no per-call noise: sliders do not flicker
+    with torch.no_grad(): want = gan_to_image(S.synthesis(rig.rotate(demo.ws, math.radians(10), 0.0), noise_mode="const"))
+    torch.testing.assert_close(a, want.clamp(0, 1))
 
 
 def test_slider_callback_updates_image_bytes(model, G):
