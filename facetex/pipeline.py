@@ -276,6 +276,13 @@ class TexturePipeline(nn.Module):
         if self._own_model is not None: self._own_model = map_tensors(self._own_model, fn)
         return out
 
+    def train(self, mode: bool = True) -> "TexturePipeline":
+        "Train/eval mode for G_T and D; the frozen G_bg (and rig) always stay in eval mode (no `w_avg` drift)."
+        super().train(mode)
+        self.G_bg.eval()
+        if isinstance(self.rig, nn.Module): self.rig.eval()
+        return self
+
     @property
     def device(self) -> torch.device: return self.G_T.mapping.fc0.weight.device
 
@@ -391,7 +398,7 @@ class TexturePipeline(nn.Module):
         finally:
             _restore_requires_grad(self.D, old)
         loss = F.softplus(-logits).mean()
-        return loss, {"loss_g": loss.item(), "d_fake": logits.mean().item()}
+        return loss, {"loss_g": loss.detach(), "d_fake": logits.detach().mean()}
 
     def real_logits(self, real: torch.Tensor, r1: bool = False):
         "D's logits of `real` `B×3×H×W` in [0,1] and (if `r1`) the per-image R1 penalty."
@@ -410,14 +417,15 @@ class TexturePipeline(nn.Module):
         logits_real, pen = self.real_logits(real, r1)
         loss_fake, loss_real = F.softplus(logits_fake).mean(), F.softplus(-logits_real).mean()
         loss = loss_fake + loss_real
-        stats = {"loss_d": None, "loss_d_fake": loss_fake.item(), "loss_d_real": loss_real.item(),
-                 "d_fake": logits_fake.mean().item(), "d_real": logits_real.mean().item(),
-                 "d_acc": 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean()).item()}
+        lr_, lf_ = logits_real.detach(), logits_fake.detach()
+        stats = {"loss_d": None, "loss_d_fake": loss_fake.detach(), "loss_d_real": loss_real.detach(),
+                 "d_fake": lf_.mean(), "d_real": lr_.mean(),
+                 "d_acc": 0.5 * ((lr_ > 0).float().mean() + (lf_ < 0).float().mean())}
         if r1:
             r1_term = pen.mean() * (c.r1_gamma / 2) * c.r1_every
             loss = loss + r1_term
-            stats.update(r1_penalty=pen.mean().item(), loss_r1=r1_term.item())
-        stats["loss_d"] = loss.item()
+            stats.update(r1_penalty=pen.detach().mean(), loss_r1=r1_term.detach())
+        stats["loss_d"] = loss.detach()
         return loss, stats
 
     def forward(self, z: torch.Tensor, real: torch.Tensor | None = None, phase: str = "G", r1: bool = False,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from fastcore.imports import in_ipython
 
 from .core import make_generator, seed_everything, check_tensor, tensor_repr
-from .pipeline import PipelineConfig, TexturePipeline
+from .pipeline import PipelineConfig, TexturePipeline, make_optimizers
 
 # %% auto #0
 __all__ = ['MIXED_PRECISION', 'IMAGE_SUFFIXES', 'SYNCED_BUFFERS', 'CHECKPOINT_FILES', 'TrainConfig', 'build_parser', 'parse_args',
@@ -468,8 +468,9 @@ class RunLog:
             except Exception: self.tb = None   # tensorboard not installed: JSONL only
 
     def add(self, prefix: str, values: dict) -> None:
+        "Accumulate `values` (floats or 0-d tensors; tensors stay on their device: no host sync until `flush`)."
         for k, v in values.items():
-            v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
             self.sums[f"{prefix}/{k}"] = self.sums.get(f"{prefix}/{k}", 0.0) + v
             self.counts[f"{prefix}/{k}"] = self.counts.get(f"{prefix}/{k}", 0) + 1
 
@@ -477,8 +478,9 @@ class RunLog:
         "Average over the interval and over processes (collective: every process calls it); main process writes."
         keys = sorted(self.sums)
         if keys:
-            t = torch.tensor([[self.sums[k] for k in keys], [self.counts[k] for k in keys]], dtype=torch.float64,
-                             device=accelerator.device)
+            dev = accelerator.device
+            sums = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float64).to(dev).reshape(()) for k in keys])
+            t = torch.stack([sums, torch.tensor([float(self.counts[k]) for k in keys], dtype=torch.float64, device=dev)])
             t = accelerator.reduce(t, reduction="sum").cpu()
             means = {k: float(s / max(c, 1)) for k, s, c in zip(keys, t[0].tolist(), t[1].tolist())}
         else: means = {}
@@ -556,6 +558,8 @@ def train(cfg: TrainConfig, pipeline: nn.Module | None = None, accelerator=None)
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     if not isinstance(cfg, TrainConfig): raise ValueError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
+    if cfg.mixed_precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
+        raise ValueError("`mixed_precision='fp16'` needs a GPU (autocast + gradient scaler); use 'bf16' or 'no' on the CPU")
     t0 = time.time()
     acc = accelerator or _accelerator(cfg)
     rank, world, device, main = acc.process_index, acc.num_processes, acc.device, acc.is_main_process
@@ -563,6 +567,9 @@ def train(cfg: TrainConfig, pipeline: nn.Module | None = None, accelerator=None)
     pc = cfg.pipeline
 
     # 1. networks (identical init on every process: the pipeline seeds itself with pipeline.seed; then broadcast)
+    if pipeline is not None and getattr(pipeline, "config", None) != pc:
+        raise ValueError("`pipeline.config` differs from `cfg.pipeline`; build the pipeline from cfg.pipeline "
+                         "(the checkpoints record cfg.pipeline, and R1/optimisers read it)")
     with preserved_rng(pc.seed):
         pipe = pipeline if pipeline is not None else TexturePipeline(pc)
     pipe = pipe.to(device).train()
@@ -570,10 +577,7 @@ def train(cfg: TrainConfig, pipeline: nn.Module | None = None, accelerator=None)
     g_params, d_params = list(pipe.g_parameters()), list(pipe.d_parameters())
     broadcast_module(G_T, acc); broadcast_module(D, acc)
     G_ema = copy.deepcopy(G_T).eval().requires_grad_(False)
-    mb = pc.r1_every / (pc.r1_every + 1) if pc.r1_every and pc.r1_gamma else 1.0   # lazy-regularisation correction
-    opt_G = torch.optim.Adam(g_params, lr=pc.lr_g, betas=tuple(pc.betas), eps=1e-8)
-    opt_D = torch.optim.Adam(d_params, lr=pc.lr_d * mb, betas=tuple(b ** mb for b in pc.betas), eps=1e-8)
-    opt_G, opt_D = acc.prepare(opt_G, opt_D)
+    opt_G, opt_D = acc.prepare(*make_optimizers(pipe))      # D's lr/betas corrected for lazy R1 (StyleGAN2)
     scaler = getattr(acc, "scaler", None)
 
     # 2. resume

@@ -221,11 +221,28 @@ def _grad_norm(params):
     return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
 
 
+def test_train_mode_keeps_frozen_networks_in_eval(pipe):
+    was = pipe.training
+    pipe.train()
+    assert pipe.G_T.training and pipe.D.training
+    assert not any(m.training for m in pipe.G_bg.modules())             # G_bg's w_avg must not drift during training
+    w = [b.clone() for b in pipe.G_bg.buffers()]
+    with torch.no_grad(): pipe.compose(pipe.sample_z(2, seed=3), make_generator(0))
+    assert all(torch.equal(a, b) for a, b in zip(w, pipe.G_bg.buffers()))
+    pipe.eval()
+    assert not pipe.G_T.training and not pipe.D.training
+    pipe.train(was)
+
+
 def test_generator_loss_reaches_only_G_T(pipe):
     pipe.zero_grad(set_to_none=True)
     z = pipe.sample_z(4, seed=1)
     loss, stats = pipe.generator_loss(z, make_generator(0))
     assert loss.ndim == 0 and math.isfinite(stats["loss_g"])
+    # stats stay detached 0-d tensors on the pipeline's device (no host sync per training step)
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad and v.device == loss.device
+               for v in stats.values())
+    assert float(stats["loss_g"]) == float(loss.detach())
     loss.backward()
     assert _grad_norm(pipe.G_T.mapping.parameters()) > 0 and _grad_norm(pipe.G_T.synthesis.parameters()) > 0
     assert all(p.grad is None for p in pipe.D.parameters())
@@ -257,7 +274,7 @@ def test_discriminator_loss_reaches_only_D(pipe):
         fake = pipe.compose(z, make_generator(0)).image
         F = torch.nn.functional
         ref = F.softplus(pipe.D(fake * 2 - 1)).mean() + F.softplus(-pipe.D(real * 2 - 1)).mean()
-    torch.testing.assert_close(torch.tensor(stats["loss_d_fake"] + stats["loss_d_real"]), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stats["loss_d_fake"] + stats["loss_d_real"], ref, atol=1e-5, rtol=0)
     pipe.zero_grad(set_to_none=True)
 
 
@@ -271,9 +288,9 @@ def test_r1_matches_independent_autograd(pipe):
     l0, s0 = pipe.discriminator_loss(z, real, r1=False, generator=make_generator(0))
     l1, s1 = pipe.discriminator_loss(z, real, r1=True, generator=make_generator(0))
     c = pipe.config
-    expected = s0["loss_d"] + float(pen.mean()) * c.r1_gamma / 2 * c.r1_every
+    expected = s0["loss_d"] + float(pen.detach().mean()) * c.r1_gamma / 2 * c.r1_every
     assert abs(s1["loss_d"] - expected) < 1e-4 * max(1, abs(expected))
-    assert float(pen.mean()) > 0
+    assert float(pen.detach().mean()) > 0
     # r1_gamma = 0 switches the term off; r1_every scales it
     p0 = TexturePipeline(PipelineConfig(**{**c.to_dict(), "r1_gamma": 0.0}), G_bg=pipe.G_bg)
     p0.load_state_dict(pipe.state_dict())

@@ -177,6 +177,14 @@ def test_bad_arguments(tmp_path):
         ImageFolderDataset(tmp_path / "bad.zip", 32)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         train(_tiny_cfg(tmp_path / "r", synthetic_n=1, steps=1))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16.*needs a GPU"):
+            train(_tiny_cfg(tmp_path / "h", mixed_precision="fp16"))
+    from facetex.pipeline import TexturePipeline
+    other = _tiny_cfg(tmp_path / "p", relight=False)
+    with pytest.raises(ValueError, match="differs from `cfg.pipeline`"):
+        train(_tiny_cfg(tmp_path / "p"), pipeline=TexturePipeline(other.pipeline))
+    assert not (tmp_path / "p").exists()                                         # refused before writing anything
     # --help lists the trainer's and the pipeline's fields
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e: main(["--help"])
@@ -223,3 +231,25 @@ def test_bf16_autocast_runs(tmp_path):
     assert st["config"]["mixed_precision"] == "bf16"
     # after bf16 training the weights are still float32 (autocast changes the compute, not the parameters)
     assert all(v.dtype == torch.float32 for v in _load(latest_checkpoint(tmp_path / "bf16"), "G_T").values())
+
+
+def test_all_reduce_gradients_gives_the_global_batch_gradient():
+    from facetex.train import all_reduce_gradients
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    params, x = list(net.parameters()), torch.randn(6, 3)
+
+    def grads(batch):
+        net.zero_grad(set_to_none=True); net(batch).pow(2).mean().backward()
+        return [p.grad.clone() for p in params]
+    ref = grads(x)                                                  # the gradient of the global batch
+    g0 = torch.cat([g.reshape(-1) for g in grads(x[:3])])           # process 0's half
+    grads(x[3:])                                                    # net now holds process 1's half
+
+    class TwoProcesses:                                             # process 1's view of a 2-process all-reduce
+        num_processes = 2
+        def reduce(self, t, reduction):
+            assert reduction == "mean"
+            return (t + g0) / 2
+    all_reduce_gradients(params, TwoProcesses())
+    for p, r in zip(params, ref): torch.testing.assert_close(p.grad, r)
