@@ -147,20 +147,21 @@ def screen_to_deep3d(points: torch.Tensor, image_size: int = 224) -> torch.Tenso
     "Inverse of `deep3d_to_screen` (the map is its own inverse)."
     return deep3d_to_screen(points, image_size)
 
-def screen_to_ndc(points: torch.Tensor, image_size=224) -> torch.Tensor:
-    "Screen pixels `...×2` (or `...×3`, z passed through) → NDC in [-1,1] edge to edge, y down (grid_sample, align_corners=False)."
+def _check_points23(points):
     check_tensor(points, "points", None, floating=True)
     if points.ndim < 1 or points.shape[-1] not in (2, 3):
         raise ValueError(f"`points` must have shape (...×2) or (...×3), got {tuple(points.shape)}")
+
+def screen_to_ndc(points: torch.Tensor, image_size=224) -> torch.Tensor:
+    "Screen pixels `...×2` (or `...×3`, z passed through) → NDC in [-1,1] edge to edge, y down (grid_sample, align_corners=False)."
+    _check_points23(points)
     H, W = check_image_size(image_size)
     xy = torch.stack([points[..., 0] * (2 / W) - 1, points[..., 1] * (2 / H) - 1], -1)
     return torch.cat([xy, points[..., 2:]], -1)
 
 def ndc_to_screen(points: torch.Tensor, image_size=224) -> torch.Tensor:
     "Inverse of `screen_to_ndc`."
-    check_tensor(points, "points", None, floating=True)
-    if points.ndim < 1 or points.shape[-1] not in (2, 3):
-        raise ValueError(f"`points` must have shape (...×2) or (...×3), got {tuple(points.shape)}")
+    _check_points23(points)
     H, W = check_image_size(image_size)
     xy = torch.stack([(points[..., 0] + 1) * (W / 2), (points[..., 1] + 1) * (H / 2)], -1)
     return torch.cat([xy, points[..., 2:]], -1)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'make_generator', 'check_tensor', 'check_faces', 'check_image_size', 'uv_to_grid',
            'grid_to_uv', 'gan_to_image', 'image_to_gan', 'face_normals', 'vertex_normals', 'uv_sphere', 'require_file',
-           'load_image', 'image_from_array', 'to_numpy_image', 'show_images', 'StyleGenerator', 'tensor_repr',
-           'map_tensors']
+           'load_image', 'image_from_array', 'to_numpy_image', 'show_images', 'StyleGenerator',
+           'synthesize_fixed_noise', 'tensor_repr', 'map_tensors']
 
 # %% ../nbs/00_core.ipynb #3473b4f3
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -219,6 +219,13 @@ class StyleGenerator(Protocol):
     img_channels: int
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor: ...  # B×z_dim → B×num_ws×w_dim
     def synthesis(self, ws: torch.Tensor) -> torch.Tensor: ...  # B×num_ws×w_dim → B×3×H×W in [-1,1]
+
+def synthesize_fixed_noise(G, ws: torch.Tensor) -> torch.Tensor:
+    "`G.synthesis(ws)` with per-pixel noise held fixed (`noise_mode='const'`) when the generator has noise inputs."
+    fn = G.synthesis.forward if isinstance(G.synthesis, torch.nn.Module) else G.synthesis
+    import inspect
+    kw = {"noise_mode": "const"} if "noise_mode" in inspect.signature(fn).parameters else {}
+    return G.synthesis(ws, **kw)
 
 # %% ../nbs/00_core.ipynb #37932b92
 def tensor_repr(obj) -> str:

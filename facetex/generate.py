@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import (check_image_size, check_tensor, check_faces, gan_to_image, make_generator, require_file,
+from .core import (synthesize_fixed_noise, check_image_size, check_tensor, check_faces, gan_to_image, make_generator, require_file,
                           tensor_repr, to_numpy_image, vertex_normals)
 from .camera import Camera, project, rigid_transform, euler_to_rotation
 from .lighting import irradiance, sh_preset, SH_PRESETS
@@ -88,10 +88,7 @@ def load_texture_generator(checkpoint_dir, ema: bool = True, device=None) -> nn.
 def _is_style_generator(G) -> bool:
     return all(hasattr(G, k) for k in ("z_dim", "num_ws", "w_dim", "img_resolution", "mapping", "synthesis"))
 
-def _synthesis(G, ws):
-    fn = G.synthesis.forward if isinstance(G.synthesis, nn.Module) else G.synthesis
-    kw = {"noise_mode": "const"} if "noise_mode" in inspect.signature(fn).parameters else {}
-    return G.synthesis(ws, **kw)
+def _synthesis(G, ws): return synthesize_fixed_noise(G, ws)
 
 def _device(G) -> torch.device:
     for t in list(G.parameters()) + list(G.buffers()): return t.device

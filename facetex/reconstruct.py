@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_tensor, require_file, tensor_repr, make_generator
+from .core import check_tensor, require_file, tensor_repr, make_generator, synthesize_fixed_noise
 from .camera import Camera, euler_to_rotation, project
 from .lighting import irradiance
 from .render import render_mesh, rasterize
@@ -240,9 +240,7 @@ def _st_clamp01(x):
     return x + (x.clamp(0, 1) - x).detach()
 
 def _synthesize(G, ws):
-    from facetex.stylegan2 import Generator
-    img = G.synthesis(ws, noise_mode="const") if isinstance(G, Generator) else G.synthesis(ws)
-    return _st_clamp01((img + 1) / 2)
+    return _st_clamp01((synthesize_fixed_noise(G, ws) + 1) / 2)
 
 def _prepare_render(fit: FitResult, model: MorphableModel, camera: Camera, relight: bool):
     "Fragments, shading pass, uv and frame size for the fixed geometry of `fit`."

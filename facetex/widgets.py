@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import check_tensor, check_image_size, gan_to_image, to_numpy_image
+from .core import check_tensor, check_image_size, gan_to_image, to_numpy_image, synthesize_fixed_noise
 from .camera import Camera
 from .lighting import SH_PRESETS, sh_from_direction, sh_preset
 from .morphable import FaceParams, MorphableModel, embedded_model, render as render_face, screen_vertices, plot_mesh
@@ -301,9 +301,8 @@ class RotateDemo(_Demo):
     @torch.no_grad()
     def generated(self, **values) -> torch.Tensor:
         "The 2D generator's image of the rotated latents, `1×3×h×w` in [0,1]."
-        from facetex.stylegan2 import Generator
         ws = self.rotated_ws(**values)       # a StyleGAN2's per-pixel noise is held fixed so the image does not flicker
-        img = self.G.synthesis(ws, noise_mode="const") if isinstance(self.G, Generator) else self.G.synthesis(ws)
+        img = synthesize_fixed_noise(self.G, ws)
         return gan_to_image(img).clamp(0, 1).cpu()
 
     def panels(self, **values) -> dict:
